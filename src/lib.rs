@@ -1,0 +1,6 @@
+//! crcd: reproducible ablations of Complementary Relation Contrastive
+//! Distillation (Zhu et al., CVPR 2021) on libtorch.
+
+pub mod config;
+pub mod data;
+pub mod models;
