@@ -1,6 +1,15 @@
 //! The CIFAR model zoo of RepDistiller (github.com/HobbitLong/RepDistiller),
 //! with variable names equal to its PyTorch `state_dict` keys.
 
+pub mod layers;
+pub mod mobilenetv2;
+pub mod resnet;
+pub mod resnetv2;
+pub mod shufflenetv1;
+pub mod shufflenetv2;
+pub mod vgg;
+pub mod wrn;
+
 use std::fmt;
 use std::str::FromStr;
 
@@ -178,7 +187,53 @@ impl FromStr for Arch {
 }
 
 /// Builds `arch` with its variables under `p`, named as the PyTorch keys.
+///
+/// Each model is initialised as its PyTorch definition does it (see the
+/// constructor of its family), from the global RNG, so the result depends
+/// only on the seed set with `tch::manual_seed`.
 pub fn build(arch: Arch, p: &nn::Path, num_classes: i64) -> Box<dyn Network> {
-    let _ = (arch, p, num_classes);
-    todo!("model zoo")
+    use resnetv2::Block;
+
+    // Stem and stage widths of the CIFAR ResNets.
+    const CIFAR: [i64; 4] = [16, 16, 32, 64];
+    const CIFAR_X4: [i64; 4] = [32, 64, 128, 256];
+    match arch {
+        Arch::Resnet8 => Box::new(resnet::ResNet::new(p, 8, CIFAR, num_classes)),
+        Arch::Resnet14 => Box::new(resnet::ResNet::new(p, 14, CIFAR, num_classes)),
+        Arch::Resnet20 => Box::new(resnet::ResNet::new(p, 20, CIFAR, num_classes)),
+        Arch::Resnet32 => Box::new(resnet::ResNet::new(p, 32, CIFAR, num_classes)),
+        Arch::Resnet44 => Box::new(resnet::ResNet::new(p, 44, CIFAR, num_classes)),
+        Arch::Resnet56 => Box::new(resnet::ResNet::new(p, 56, CIFAR, num_classes)),
+        Arch::Resnet110 => Box::new(resnet::ResNet::new(p, 110, CIFAR, num_classes)),
+        Arch::Resnet8x4 => Box::new(resnet::ResNet::new(p, 8, CIFAR_X4, num_classes)),
+        Arch::Resnet32x4 => Box::new(resnet::ResNet::new(p, 32, CIFAR_X4, num_classes)),
+        Arch::Wrn16_1 => Box::new(wrn::WideResNet::new(p, 16, 1, num_classes)),
+        Arch::Wrn16_2 => Box::new(wrn::WideResNet::new(p, 16, 2, num_classes)),
+        Arch::Wrn40_1 => Box::new(wrn::WideResNet::new(p, 40, 1, num_classes)),
+        Arch::Wrn40_2 => Box::new(wrn::WideResNet::new(p, 40, 2, num_classes)),
+        Arch::Vgg8 => Box::new(vgg::Vgg::new(p, 8, num_classes)),
+        Arch::Vgg11 => Box::new(vgg::Vgg::new(p, 11, num_classes)),
+        Arch::Vgg13 => Box::new(vgg::Vgg::new(p, 13, num_classes)),
+        Arch::Vgg16 => Box::new(vgg::Vgg::new(p, 16, num_classes)),
+        Arch::Vgg19 => Box::new(vgg::Vgg::new(p, 19, num_classes)),
+        Arch::ResNet18 => {
+            Box::new(resnetv2::ResNetV2::new(p, Block::Basic, [2, 2, 2, 2], num_classes))
+        }
+        Arch::ResNet34 => {
+            Box::new(resnetv2::ResNetV2::new(p, Block::Basic, [3, 4, 6, 3], num_classes))
+        }
+        Arch::ResNet50 => {
+            Box::new(resnetv2::ResNetV2::new(p, Block::Bottleneck, [3, 4, 6, 3], num_classes))
+        }
+        Arch::MobileNetV2 => Box::new(mobilenetv2::MobileNetV2::new(p, 6, 0.5, num_classes)),
+        Arch::ShuffleV1 => {
+            Box::new(shufflenetv1::ShuffleNetV1::new(p, [240, 480, 960], [4, 8, 4], 3, num_classes))
+        }
+        Arch::ShuffleV2 => Box::new(shufflenetv2::ShuffleNetV2::new(
+            p,
+            [116, 232, 464, 1024],
+            [3, 7, 3],
+            num_classes,
+        )),
+    }
 }
