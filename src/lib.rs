@@ -1,7 +1,9 @@
 //! crcd: reproducible ablations of Complementary Relation Contrastive
 //! Distillation (Zhu et al., CVPR 2021) on libtorch.
 
+pub mod ablate;
 pub mod config;
 pub mod data;
 pub mod models;
+pub mod report;
 pub mod train;
