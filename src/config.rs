@@ -24,6 +24,10 @@ pub struct TrainConfig {
     pub dataset: DatasetName,
     /// Train on a seeded, class-balanced subset of this many images.
     pub subset: Option<usize>,
+    /// Evaluate on a class-balanced subset of this many test images, the
+    /// same for every seed; the whole test split when `None`.
+    #[serde(default)]
+    pub test_subset: Option<usize>,
     pub epochs: i64,
     pub batch_size: i64,
     /// Initial SGD learning rate.
@@ -53,6 +57,7 @@ impl TrainConfig {
             model,
             dataset,
             subset: None,
+            test_subset: None,
             epochs: PAPER_EPOCHS,
             batch_size: 64,
             lr: model.default_lr(),
@@ -95,6 +100,9 @@ impl TrainConfig {
         check(self.lr_decay_rate > 0.0, "lr_decay_rate", self.lr_decay_rate, "positive")?;
         if let Some(n) = self.subset {
             check(n >= 1, "subset", n, "at least 1")?;
+        }
+        if let Some(n) = self.test_subset {
+            check(n >= 1, "test_subset", n, "at least 1")?;
         }
         if let Some(n) = self.max_steps_per_epoch {
             check(n >= 1, "max_steps_per_epoch", n, "at least 1")?;

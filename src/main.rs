@@ -1,4 +1,3 @@
-fn main() {
-    let t = tch::Tensor::from_slice(&[1.0f32, 2.0]);
-    println!("{}", t.sum(tch::Kind::Float).double_value(&[]));
+fn main() -> std::process::ExitCode {
+    crcd::cli::main()
 }

@@ -569,19 +569,11 @@ fn quick_profile_stays_within_budget() {
 fn dry_run_all_quick() {
     let results = temp_dir("dry-run");
     let fashion = results.path().join("data").join("fashion-mnist");
-    std::fs::create_dir_all(&fashion).unwrap();
-    for name in [
-        "train-images-idx3-ubyte.gz",
-        "train-labels-idx1-ubyte.gz",
-        "t10k-images-idx3-ubyte.gz",
-        "t10k-labels-idx1-ubyte.gz",
-    ] {
-        std::fs::write(fashion.join(name), b"").unwrap();
-    }
+    write_tiny_fashion_mnist(&fashion);
     let mut args = AblateArgs::new(SuiteSelection::All, "quick");
     args.suites_dir = shipped_dir();
     args.results_dir = results.path().join("results");
-    args.data_dir = Some(results.path().join("data"));
+    args.data_dir = Some(fashion.clone());
     args.dry_run = true;
     let calls = AtomicUsize::new(0);
     let trainer = |_: &RunConfig, _: &Path, _: &RunOptions| -> anyhow::Result<Summary> {
@@ -596,7 +588,10 @@ fn dry_run_all_quick() {
 
     args.data_dir = Some(results.path().join("no-data"));
     let listing = ablate::run_with(&args, &trainer).unwrap().dry_run.unwrap();
-    assert!(listing.contains("note: a real run would stop here: dataset fashion-mnist not found"));
+    assert!(
+        listing.contains("note: a real run would stop here: fashion-mnist data folder"),
+        "{listing}"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -736,7 +731,7 @@ fn stand_in_trainer(
     anyhow::ensure!(dir.join("config.json").is_file(), "config.json missing in {}", dir.display());
     if let RunConfig::Student(_) = config {
         let teacher_dir =
-            options.teacher_dir.as_ref().expect("a student gets its teacher's folder");
+            options.teacher_checkpoint.as_ref().expect("a student gets its teacher's folder");
         let summary: Summary =
             serde_json::from_slice(&std::fs::read(teacher_dir.join("summary.json"))?)?;
         anyhow::ensure!(summary.status == RunStatus::Finished, "teacher not finished");
@@ -1028,11 +1023,11 @@ fn run_names_missing_dataset_and_fix() {
     let mut args = f.args.clone();
     args.profile = "fashion".into();
     let err = format!("{:#}", ablate::run_with(&args, &never_called).unwrap_err());
-    assert!(err.contains("dataset fashion-mnist not found"), "{err}");
+    assert!(err.contains("needs fashion-mnist"), "{err}");
     assert!(err.contains("scripts/setup"), "{err}");
     args.profile = "full".into();
     let err = format!("{:#}", ablate::run_with(&args, &never_called).unwrap_err());
-    assert!(err.contains("dataset cifar100 not found"), "{err}");
+    assert!(err.contains("needs cifar100"), "{err}");
     assert!(err.contains("--data-dir"), "{err}");
 }
 
@@ -1067,4 +1062,23 @@ fn list_suites_counts_runs_per_profile() {
     assert_eq!(negatives.axes, vec!["teacher+student", "nce_k"]);
     let paper = negatives.runs.iter().find(|(p, _)| p == "paper").unwrap().1;
     assert_eq!(paper, 2 + 2 * 3 * 3, "2 teachers, 2 pairs × 3 K × 3 seeds");
+}
+
+/// Writes gzip IDX files of one blank 28×28 image per split, a valid
+/// Fashion-MNIST folder as far as the loader's checks go.
+fn write_tiny_fashion_mnist(dir: &Path) {
+    use std::io::Write;
+    std::fs::create_dir_all(dir).unwrap();
+    let gzip = |bytes: &[u8]| {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(bytes).unwrap();
+        encoder.finish().unwrap()
+    };
+    let mut images = vec![0, 0, 8, 3, 0, 0, 0, 1, 0, 0, 0, 28, 0, 0, 0, 28];
+    images.extend([0u8; 28 * 28]);
+    let labels = [0, 0, 8, 1, 0, 0, 0, 1, 3];
+    for split in ["train", "t10k"] {
+        std::fs::write(dir.join(format!("{split}-images-idx3-ubyte.gz")), gzip(&images)).unwrap();
+        std::fs::write(dir.join(format!("{split}-labels-idx1-ubyte.gz")), gzip(&labels)).unwrap();
+    }
 }

@@ -51,7 +51,7 @@ pub fn run_cost(config: &RunConfig, step_seconds: f64) -> Cost {
     let train = config.train();
     let epochs = train.epochs.max(0) as u64;
     let steps = epochs * steps_per_epoch(train);
-    let test = dataset_size(train.dataset).test as u64;
+    let test = train.test_subset.unwrap_or(dataset_size(train.dataset).test) as u64;
     let eval_batches = epochs * test.div_ceil(train.batch_size.max(1) as u64);
 
     let batch_scale = train.batch_size as f64 / REFERENCE_BATCH;

@@ -72,7 +72,7 @@ pub struct AblateArgs {
     pub device: Device,
     /// libtorch intra-op threads.
     pub threads: i64,
-    /// Dataset folder; `None` uses `data`.
+    /// Folder of the profile's dataset; `None` uses `data/<dataset>`.
     pub data_dir: Option<PathBuf>,
     /// Draw progress bars.
     pub progress: bool,
@@ -96,8 +96,8 @@ impl AblateArgs {
         }
     }
 
-    fn data_dir(&self) -> PathBuf {
-        self.data_dir.clone().unwrap_or_else(|| PathBuf::from("data"))
+    fn data_dir(&self, dataset: crate::data::DatasetName) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| crate::data::default_data_dir(dataset))
     }
 }
 
@@ -268,7 +268,7 @@ pub fn run_with(args: &AblateArgs, trainer: Trainer<'_>) -> anyhow::Result<Ablat
             store.read_config(&run.id)?;
         }
     }
-    let data_dir = args.data_dir();
+    let data_dir = args.data_dir(profile.dataset);
     let missing = facts::missing_dataset(profile.dataset, &data_dir);
     if args.dry_run {
         let mut listing = dry_run::render(&plans, &profile, &store, args.shard)?;
@@ -278,7 +278,7 @@ pub fn run_with(args: &AblateArgs, trainer: Trainer<'_>) -> anyhow::Result<Ablat
         return Ok(AblateOutcome { dry_run: Some(listing), suites: Vec::new() });
     }
     if let Some(missing) = missing {
-        bail!("profile {} needs {missing}", profile.name);
+        bail!("profile {} needs {}: {missing}", profile.name, profile.dataset);
     }
     store.ensure_writable()?;
 

@@ -25,6 +25,7 @@ const PROFILE_KEYS: &[&str] = &[
     "description",
     "dataset",
     "subset",
+    "test_subset",
     "epochs",
     "teacher_epochs",
     "crcd_epochs",
@@ -44,6 +45,7 @@ struct RawProfile {
     description: String,
     dataset: String,
     subset: Option<usize>,
+    test_subset: Option<usize>,
     epochs: Option<i64>,
     teacher_epochs: Option<i64>,
     crcd_epochs: Option<i64>,
@@ -66,6 +68,8 @@ pub struct Profile {
     pub dataset: DatasetName,
     /// Train on a seeded, class-balanced subset of this many images.
     pub subset: Option<usize>,
+    /// Evaluate on a class-balanced subset of this many test images.
+    pub test_subset: Option<usize>,
     /// Epochs of distillation students (other than CRCD) and vanilla students.
     pub epochs: i64,
     /// Epochs of teacher runs.
@@ -119,6 +123,7 @@ impl Profile {
         };
         config.epochs = epochs;
         config.subset = self.subset;
+        config.test_subset = self.test_subset;
         config.seed = seed;
         config.max_steps_per_epoch = self.max_steps_per_epoch;
         if let Some(batch) = self.batch_size {
@@ -208,6 +213,7 @@ impl Profile {
             description: raw.description,
             dataset,
             subset: raw.subset,
+            test_subset: raw.test_subset,
             epochs,
             teacher_epochs,
             crcd_epochs,
@@ -229,6 +235,11 @@ fn invalid(file: &Path, profile: &str, key: &str, message: String) -> SpecError 
 /// Checks the subset, batch size, step cap, milestones and seeds of `raw`.
 fn check_sizes(file: &Path, name: &str, raw: &RawProfile) -> Result<(), SpecError> {
     let invalid = |key: &str, message: String| invalid(file, name, key, message);
+    if let Some(n) = raw.test_subset {
+        if n < 1 {
+            return Err(invalid("test_subset", format!("{n} is not positive")));
+        }
+    }
     if let Some(n) = raw.subset {
         if n < 2 {
             return Err(invalid(

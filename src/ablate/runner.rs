@@ -250,7 +250,7 @@ impl<'a> Runner<'a> {
             device: self.session.device,
             threads: self.session.threads,
             data_dir: self.session.data_dir.clone(),
-            teacher_dir,
+            teacher_checkpoint: teacher_dir,
             progress: self.session.progress,
         };
         let trainer = self.trainer;

@@ -7,7 +7,7 @@
 //! written, synced and renamed over the target.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
@@ -163,20 +163,7 @@ impl Store {
     }
 }
 
-/// Replaces `path` by `bytes` atomically: a temporary file in the same folder
-/// is written, synced and renamed over it, so readers see the old or the new
-/// content, never a part.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::Builder::new().prefix(".tmp-").suffix(".tmp").tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
-}
+pub use crate::fsutil::write_atomic;
 
 /// Writes `value` as pretty JSON with a final newline, atomically.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StoreError> {
@@ -200,15 +187,7 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StoreErr
         .map_err(|source| StoreError::Json { path: path.to_owned(), source })
 }
 
-/// Returns the device as summaries spell it: `cpu`, `cuda:0`, `mps`.
-pub fn device_name(device: Device) -> String {
-    match device {
-        Device::Cpu => "cpu".into(),
-        Device::Cuda(i) => format!("cuda:{i}"),
-        Device::Mps => "mps".into(),
-        Device::Vulkan => "vulkan".into(),
-    }
-}
+pub use crate::device::device_name;
 
 /// Builds the summary stored when a session starts `config`: the previous
 /// session's progress and results with status running.
