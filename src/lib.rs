@@ -3,5 +3,6 @@
 
 pub mod config;
 pub mod data;
+pub mod distill;
 pub mod models;
 pub mod train;
