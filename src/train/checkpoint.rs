@@ -177,20 +177,21 @@ mod tests {
     fn other_model_is_rejected_by_name_and_shape() {
         let dir = tempfile::tempdir().unwrap();
         let vs = nn::VarStore::new(Device::Cpu);
-        (vs.root() / "fc").var_copy("weight", &Tensor::zeros([10, 4], (Kind::Float, Device::Cpu)));
+        let _ = (vs.root() / "fc")
+            .var_copy("weight", &Tensor::zeros([10, 4], (Kind::Float, Device::Cpu)));
         save(dir.path(), &vs, vec![], Progress { epochs_done: 1, wall_seconds: 0.0 }, &meta())
             .unwrap();
         let file = dir.path().join(CHECKPOINT_FILE);
         let entries = read(&file).unwrap();
 
         let wider = nn::VarStore::new(Device::Cpu);
-        (wider.root() / "fc")
+        let _ = (wider.root() / "fc")
             .var_copy("weight", &Tensor::zeros([100, 4], (Kind::Float, Device::Cpu)));
         let err = load_into(&wider, &entries, "", &file).unwrap_err().to_string();
         assert!(err.contains("'fc.weight'") && err.contains("[10, 4]"), "{err}");
 
         let other = nn::VarStore::new(Device::Cpu);
-        (other.root() / "classifier")
+        let _ = (other.root() / "classifier")
             .var_copy("weight", &Tensor::zeros([1], (Kind::Float, Device::Cpu)));
         let err = load_into(&other, &entries, "", &file).unwrap_err().to_string();
         assert!(err.contains("'classifier.weight'"), "{err}");
