@@ -72,6 +72,8 @@ impl TrainConfig {
 
     /// Sets `epochs` and moves the learning-rate milestones to the same
     /// fractions of the run (150/240, 180/240 and 210/240 by default).
+    /// Milestones that land on the same epoch merge into one, so a short run
+    /// never drops the rate by more than one factor at once.
     pub fn with_epochs_scaled(mut self, epochs: i64) -> TrainConfig {
         let old = self.epochs.max(1) as f64;
         self.lr_decay_epochs = self
@@ -80,6 +82,7 @@ impl TrainConfig {
             .map(|&e| ((e as f64) * epochs as f64 / old).round() as i64)
             .filter(|&e| e >= 1 && e < epochs)
             .collect();
+        self.lr_decay_epochs.dedup();
         self.epochs = epochs;
         self
     }
@@ -460,6 +463,8 @@ mod tests {
     fn scaled_epochs_keep_milestone_fractions() {
         let c = TrainConfig::protocol(Arch::Resnet20, DatasetName::Cifar100).with_epochs_scaled(24);
         assert_eq!(c.lr_decay_epochs, vec![15, 18, 21]);
+        let three = c.clone().with_epochs_scaled(3);
+        assert_eq!(three.lr_decay_epochs, vec![2]);
         let one = c.with_epochs_scaled(1);
         assert!(one.lr_decay_epochs.is_empty());
     }
