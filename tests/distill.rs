@@ -1006,6 +1006,16 @@ fn build_rejects_embed_none_with_unequal_widths() {
 }
 
 #[test]
+fn build_rejects_cosine_with_unequal_widths() {
+    let setup = Setup::new(6, 7);
+    let cfg = DistillConfig { gradient_loss: GradientLoss::Cosine, ..small_config(Method::Crcd) };
+    let err = build_error(&setup, &cfg);
+    assert!(err.contains("student's is 6"), "{err}");
+    assert!(err.contains("teacher's is 7"), "{err}");
+    assert!(err.contains("gradient_loss crcd or crd"), "{err}");
+}
+
+#[test]
 fn build_rejects_zero_feat_dim() {
     let setup = Setup::new(6, 7);
     let err = build_error(&setup, &DistillConfig { feat_dim: 0, ..small_config(Method::Crcd) });
