@@ -31,7 +31,7 @@ enum Command {
     /// Train a network with cross-entropy (a teacher, or a vanilla baseline).
     TrainTeacher(TrainTeacherArgs),
     /// Train a student from a trained teacher with a distillation method.
-    Distill(DistillArgs),
+    Distill(Box<DistillArgs>),
     /// Print test top-1 and top-5 of a checkpoint.
     Eval(EvalArgs),
     /// Train every run of the declared ablation suites that is not done yet,
@@ -263,7 +263,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let run = RunConfig::Teacher(cfg);
             train_in_folder(&run, &args.common, None)
         }
-        Command::Distill(args) => distill(args),
+        Command::Distill(args) => distill(*args),
         Command::Ablate(args) => ablate(args),
         Command::Report(args) => {
             for path in report::write_tables(&args.results)? {

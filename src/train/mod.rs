@@ -475,7 +475,7 @@ pub fn train_step(
                     return Err(StepError::NonFinite { term: term.name.to_string(), value });
                 }
                 if term.weight != 0.0 {
-                    total = total + &term.value * term.weight;
+                    total += &term.value * term.weight;
                 }
                 terms.push((term.name, value, term.weight));
             }
