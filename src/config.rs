@@ -34,9 +34,11 @@ pub struct TrainConfig {
     pub lr: f64,
     pub momentum: f64,
     pub weight_decay: f64,
-    /// Epochs (1-based, as in RepDistiller) after which the rate is multiplied
-    /// by `lr_decay_rate`.
-    pub lr_decay_epochs: Vec<i64>,
+    /// Points of training, in epochs, from which the rate is multiplied by
+    /// `lr_decay_rate`. Whole numbers decay after that many epochs, as
+    /// RepDistiller does; fractions decay inside an epoch, at the step that
+    /// reaches them, which keeps the protocol's shape in runs of a few epochs.
+    pub lr_decay_epochs: Vec<f64>,
     pub lr_decay_rate: f64,
     pub seed: u64,
     /// Stop each epoch after this many steps; used by quick smoke runs.
@@ -46,7 +48,7 @@ pub struct TrainConfig {
 /// Epochs of the CIFAR-100 protocol for teachers and CRD-protocol students.
 pub const PAPER_EPOCHS: i64 = 240;
 /// Learning-rate milestones of the CIFAR-100 protocol, for 240 epochs.
-pub const PAPER_LR_DECAY_EPOCHS: [i64; 3] = [150, 180, 210];
+pub const PAPER_LR_DECAY_EPOCHS: [f64; 3] = [150.0, 180.0, 210.0];
 
 impl TrainConfig {
     /// Builds the CIFAR-100 protocol defaults (SGD, momentum 0.9, weight decay
@@ -71,25 +73,24 @@ impl TrainConfig {
     }
 
     /// Sets `epochs` and moves the learning-rate milestones to the same
-    /// fractions of the run (150/240, 180/240 and 210/240 by default).
-    /// Milestones that land on the same epoch merge into one, so a short run
-    /// never drops the rate by more than one factor at once.
+    /// fractions of the run (150/240, 180/240 and 210/240 by default), so a
+    /// one-epoch run decays at 62.5 %, 75 % and 87.5 % of its steps.
     pub fn with_epochs_scaled(mut self, epochs: i64) -> TrainConfig {
-        let old = self.epochs.max(1) as f64;
+        let scale = epochs as f64 / self.epochs.max(1) as f64;
         self.lr_decay_epochs = self
             .lr_decay_epochs
             .iter()
-            .map(|&e| ((e as f64) * epochs as f64 / old).round() as i64)
-            .filter(|&e| e >= 1 && e < epochs)
+            .map(|&e| e * scale)
+            .filter(|&e| e > 0.0 && e < epochs as f64)
             .collect();
-        self.lr_decay_epochs.dedup();
         self.epochs = epochs;
         self
     }
 
-    /// Returns the learning rate of `epoch` (0-based).
-    pub fn lr_at(&self, epoch: i64) -> f64 {
-        let passed = self.lr_decay_epochs.iter().filter(|&&e| epoch >= e).count();
+    /// Returns the learning rate after `epochs_done` epochs, a fraction when
+    /// inside an epoch (epoch e, step i of n is `e + i / n`).
+    pub fn lr_at(&self, epochs_done: f64) -> f64 {
+        let passed = self.lr_decay_epochs.iter().filter(|&&e| epochs_done >= e).count();
         self.lr * self.lr_decay_rate.powi(passed as i32)
     }
 
@@ -101,6 +102,9 @@ impl TrainConfig {
         check((0.0..1.0).contains(&self.momentum), "momentum", self.momentum, "in [0, 1)")?;
         check(self.weight_decay >= 0.0, "weight_decay", self.weight_decay, "at least 0")?;
         check(self.lr_decay_rate > 0.0, "lr_decay_rate", self.lr_decay_rate, "positive")?;
+        let increasing = self.lr_decay_epochs.windows(2).all(|w| w[0] < w[1]);
+        let milestones = format!("{:?}", self.lr_decay_epochs);
+        check(increasing, "lr_decay_epochs", milestones, "increasing epochs")?;
         if let Some(n) = self.subset {
             check(n >= 1, "subset", n, "at least 1")?;
         }
@@ -453,20 +457,20 @@ mod tests {
     #[test]
     fn lr_schedule_decays_after_milestones() {
         let c = TrainConfig::protocol(Arch::Resnet20, DatasetName::Cifar100);
-        assert_eq!(c.lr_at(0), 0.05);
-        assert_eq!(c.lr_at(149), 0.05);
-        assert!((c.lr_at(150) - 0.005).abs() < 1e-12);
-        assert!((c.lr_at(239) - 0.05 * 1e-3).abs() < 1e-12);
+        assert_eq!(c.lr_at(0.0), 0.05);
+        assert_eq!(c.lr_at(149.99), 0.05);
+        assert!((c.lr_at(150.0) - 0.005).abs() < 1e-12);
+        assert!((c.lr_at(239.5) - 0.05 * 1e-3).abs() < 1e-12);
     }
 
     #[test]
     fn scaled_epochs_keep_milestone_fractions() {
         let c = TrainConfig::protocol(Arch::Resnet20, DatasetName::Cifar100).with_epochs_scaled(24);
-        assert_eq!(c.lr_decay_epochs, vec![15, 18, 21]);
-        let three = c.clone().with_epochs_scaled(3);
-        assert_eq!(three.lr_decay_epochs, vec![2]);
+        assert_eq!(c.lr_decay_epochs, vec![15.0, 18.0, 21.0]);
         let one = c.with_epochs_scaled(1);
-        assert!(one.lr_decay_epochs.is_empty());
+        assert_eq!(one.lr_decay_epochs, vec![0.625, 0.75, 0.875]);
+        assert_eq!(one.lr_at(0.6), 0.05);
+        assert!((one.lr_at(0.7) - 0.005).abs() < 1e-12);
     }
 
     #[test]

@@ -330,7 +330,7 @@ fn plan_paper_protocol_epochs_and_milestones() {
     let plan = expand(text, "full").unwrap();
     for run in &plan.runs {
         let train = run.config.train();
-        assert_eq!(train.lr_decay_epochs, vec![150, 180, 210], "{}", run.id);
+        assert_eq!(train.lr_decay_epochs, vec![150.0, 180.0, 210.0], "{}", run.id);
         let expected = match run.method {
             Some(Method::Crcd) => 250,
             _ => 240,

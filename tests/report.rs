@@ -15,7 +15,7 @@ fn train_json(model: &str, dataset: &str, seed: u64, epochs: i64) -> String {
     format!(
         r#""model": "{model}", "dataset": "{dataset}", "subset": null, "epochs": {epochs},
         "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0005,
-        "lr_decay_epochs": [150, 180, 210], "lr_decay_rate": 0.1, "seed": {seed},
+        "lr_decay_epochs": [150.0, 180.0, 210.0], "lr_decay_rate": 0.1, "seed": {seed},
         "max_steps_per_epoch": null"#
     )
 }

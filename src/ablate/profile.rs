@@ -49,7 +49,7 @@ struct RawProfile {
     epochs: Option<i64>,
     teacher_epochs: Option<i64>,
     crcd_epochs: Option<i64>,
-    lr_decay_epochs: Option<Vec<i64>>,
+    lr_decay_epochs: Option<Vec<f64>>,
     batch_size: Option<i64>,
     max_steps_per_epoch: Option<i64>,
     seeds: Option<Vec<u64>>,
@@ -78,7 +78,7 @@ pub struct Profile {
     pub crcd_epochs: i64,
     /// Learning-rate milestones of student runs; `None` scales the protocol's
     /// 150/180/210 of 240 to `epochs`.
-    pub lr_decay_epochs: Option<Vec<i64>>,
+    pub lr_decay_epochs: Option<Vec<f64>>,
     pub batch_size: Option<i64>,
     pub max_steps_per_epoch: Option<i64>,
     /// Seeds of the student runs; `None` keeps the suite's.
@@ -258,8 +258,8 @@ fn check_sizes(file: &Path, name: &str, raw: &RawProfile) -> Result<(), SpecErro
         }
     }
     if let Some(milestones) = &raw.lr_decay_epochs {
-        if milestones.windows(2).any(|w| w[0] >= w[1]) || milestones.iter().any(|&e| e < 1) {
-            let message = format!("{milestones:?} must be increasing epochs of at least 1");
+        if milestones.windows(2).any(|w| w[0] >= w[1]) || milestones.iter().any(|&e| e <= 0.0) {
+            let message = format!("{milestones:?} must be increasing positive epochs");
             return Err(invalid("lr_decay_epochs", message));
         }
     }

@@ -20,6 +20,7 @@ const BASE_COLUMNS: [&str; 8] =
 pub struct EpochRow {
     /// 1-based.
     pub epoch: i64,
+    /// Learning rate of the epoch's last step.
     pub lr: f64,
     /// Mean total loss over the epoch's steps.
     pub train_loss: f64,

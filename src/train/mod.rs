@@ -306,7 +306,7 @@ impl LoopState<'_> {
         mut distiller: Option<&mut (dyn Distiller + '_)>,
         log: &MetricsLog,
     ) -> anyhow::Result<EpochRow> {
-        let lr = self.cfg.lr_at(epoch);
+        let mut lr = self.cfg.lr_at(epoch as f64);
         let steps = self.steps_per_epoch();
         let total_steps = steps * self.cfg.epochs;
         let bar =
@@ -320,6 +320,7 @@ impl LoopState<'_> {
         let batches = self.train_set.train_batches(self.cfg.batch_size, self.cfg.seed, epoch);
         for (i, batch) in batches.take(steps as usize).enumerate() {
             let step = epoch * steps + i as i64;
+            lr = self.cfg.lr_at(epoch as f64 + i as f64 / steps as f64);
             let nets = StepNets { student: self.student, teacher: self.teacher };
             let progress = step as f64 / total_steps as f64;
             let outcome = match train_step(
