@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+use crate::ablate::store::{self, CONFIG_FILE, SUMMARY_FILE};
 use crate::ablate::{self, AblateArgs, Shard, SuiteSelection};
 use crate::config::{
     DistillConfig, Element, Embed, GradientLoss, GradientPath, Method, RelationForm, RunConfig,
@@ -16,7 +17,7 @@ use crate::device::{default_threads, parse_device};
 use crate::fsutil;
 use crate::models::Arch;
 use crate::report;
-use crate::train::{self, RunOptions, RunStatus, Summary};
+use crate::train::{self, MetricsLog, RunOptions, Summary, METRICS_FILE};
 
 /// Reproducible ablations of Complementary Relation Contrastive Distillation.
 #[derive(Debug, Parser)]
@@ -390,7 +391,7 @@ fn teacher_config(path: &Path, dataset: DatasetName) -> anyhow::Result<TrainConf
     let cfg = run.train().clone();
     if cfg.dataset != dataset {
         anyhow::bail!(
-            "teacher in {} was trained on {}, but --dataset is {dataset}; pass --dataset {}",
+            "the teacher in {} was trained on {}, but --dataset is {dataset}; pass --dataset {}",
             dir.display(),
             cfg.dataset,
             cfg.dataset
@@ -398,11 +399,6 @@ fn teacher_config(path: &Path, dataset: DatasetName) -> anyhow::Result<TrainConf
     }
     Ok(cfg)
 }
-
-/// File name of a run's resolved configuration.
-pub const CONFIG_FILE: &str = "config.json";
-/// File name of a run's summary.
-pub const SUMMARY_FILE: &str = "summary.json";
 
 /// Trains `run` in its folder, keeping `config.json` and `summary.json` up
 /// to date, and prints where the results are.
@@ -423,42 +419,42 @@ fn train_in_folder(
     };
     let dir = common.out.clone().unwrap_or_else(|| Path::new("results/runs").join(run.id()));
     fsutil::ensure_writable_dir(&dir)?;
+
     let config_path = dir.join(CONFIG_FILE);
-    if let Ok(text) = std::fs::read_to_string(&config_path) {
-        let existing: RunConfig = serde_json::from_str(&text)
-            .with_context(|| format!("{} is invalid", config_path.display()))?;
+    if let Some(existing) = store::read_json::<RunConfig>(&config_path)? {
         if &existing != run {
             anyhow::bail!(
-                "{} holds another run ({}); choose another --out or remove the folder",
+                "{} contains another run ({}); choose another --out or remove the folder",
                 dir.display(),
                 existing.id()
             );
         }
     }
-    fsutil::write_json_atomic(&config_path, run)?;
+    store::write_json(&config_path, run)?;
+    let summary_path = dir.join(SUMMARY_FILE);
+    let previous = store::read_json::<Summary>(&summary_path)?;
+    let running = store::running_summary(run, previous.as_ref(), device, options.threads);
+    store::write_json(&summary_path, &running)?;
+
     tracing::info!("run {}: {} in {}", run.id(), describe(run), dir.display());
     let summary = match train::run(run, &dir, &options) {
         Ok(summary) => summary,
         Err(err) => {
-            let failed = Summary {
-                status: RunStatus::Failed,
-                error: Some(format!("{err:#}")),
-                epochs_done: 0,
-                epochs: run.train().epochs,
-                last_top1: None,
-                last_top5: None,
-                best_top1: None,
-                best_top5: None,
-                best_epoch: None,
-                wall_seconds: 0.0,
-                device: crate::device::device_name(options.device),
-                threads: options.threads,
-            };
-            fsutil::write_json_atomic(&dir.join(SUMMARY_FILE), &failed)?;
+            // Keep the progress of earlier sessions beside the error.
+            let progress = MetricsLog::read(&dir.join(METRICS_FILE), i64::MAX)
+                .map(|log| {
+                    Summary::from_log(&log, run.train().epochs, running.wall_seconds, &options)
+                })
+                .unwrap_or(running);
+            store::write_json(
+                &summary_path,
+                &store::failed_summary(progress, &format!("{err:#}")),
+            )?;
             return Err(err);
         }
     };
-    fsutil::write_json_atomic(&dir.join(SUMMARY_FILE), &summary)?;
+    store::write_json(&summary_path, &summary)?;
+
     println!(
         "{}: last top1 {:.2} top5 {:.2}, best top1 {:.2} (epoch {}), {:.0}s, results in {}",
         describe(run),

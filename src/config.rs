@@ -156,7 +156,7 @@ pub enum GradientLoss {
     Cosine,
 }
 
-/// How the gradient element is computed.
+/// Computation of the gradient element.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GradientPath {
@@ -176,7 +176,7 @@ pub enum Embed {
     None,
 }
 
-/// How the contrast indices are drawn from the memory bank.
+/// Sampling of the contrast indices from the memory bank.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Sampling {
@@ -188,7 +188,7 @@ pub enum Sampling {
     Queue,
 }
 
-/// How CRCD's relation scores are computed.
+/// Computation of CRCD's relation scores.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RelationForm {
@@ -400,7 +400,7 @@ pub struct StudentConfig {
 }
 
 /// One unit of work of the ablation harness.
-// A plan holds a few hundred of these at most, so the size gap between the
+// A plan contains a few hundred of these at most, so the size gap between the
 // variants costs nothing worth a Box.
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -69,8 +69,10 @@ pub struct Store {
     runs: PathBuf,
 }
 
-const CONFIG_FILE: &str = "config.json";
-const SUMMARY_FILE: &str = "summary.json";
+/// File name of a run's resolved configuration.
+pub const CONFIG_FILE: &str = "config.json";
+/// File name of a run's summary.
+pub const SUMMARY_FILE: &str = "summary.json";
 const LOCK_FILE: &str = "lock";
 
 impl Store {

@@ -235,7 +235,7 @@ fn resume(
     let log = MetricsLog::read(metrics_path, progress.epochs_done)?;
     if log.rows.len() as i64 != progress.epochs_done {
         bail!(
-            "{} holds {} epochs but {} has {}: the folder was changed by hand; move it away to restart run {}",
+            "{} contains {} epochs but {} has {}: the folder was changed by hand; move it away to restart run {}",
             file.display(),
             progress.epochs_done,
             metrics_path.display(),
@@ -280,7 +280,7 @@ fn load_teacher(
     Ok((vs, net))
 }
 
-/// What one epoch needs besides the mutable training state.
+/// Read-only inputs of an epoch: settings, networks, data and run folder.
 struct LoopState<'a> {
     cfg: &'a TrainConfig,
     options: &'a RunOptions,
@@ -442,7 +442,7 @@ pub enum StepError {
 
 /// Runs one optimizer step on `batch`: the student in train mode, the
 /// teacher (if any) under no_grad in eval mode (or train mode when the
-/// distiller asks for it), the distiller's loss terms or plain cross-entropy,
+/// distiller requests it), the distiller's loss terms or plain cross-entropy,
 /// backward and SGD at `lr`. `progress` is the global step over the total.
 pub fn train_step(
     nets: &StepNets,
