@@ -17,7 +17,7 @@ use crate::device::{default_threads, parse_device};
 use crate::fsutil;
 use crate::models::Arch;
 use crate::report;
-use crate::train::{self, MetricsLog, RunOptions, Summary, METRICS_FILE};
+use crate::train::{self, MetricsLog, RunOptions, RunStatus, Summary, METRICS_FILE};
 
 /// Reproducible ablations of Complementary Relation Contrastive Distillation.
 #[derive(Debug, Parser)]
@@ -253,6 +253,7 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
 }
@@ -278,7 +279,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let (meta, (loss, top1, top5)) =
                 train::evaluate_checkpoint(&args.checkpoint, args.dataset, &data_dir, device)?;
             println!(
-                "{} ({} epochs) on {} test: top1 {top1:.2} top5 {top5:.2} loss {loss:.4}",
+                "{} after {} epoch(s) on {} test: top1 {top1:.2} top5 {top5:.2} loss {loss:.4}",
                 meta.arch, meta.epochs_done, args.dataset
             );
             Ok(())
@@ -305,6 +306,9 @@ fn ablate(args: AblateCliArgs) -> anyhow::Result<()> {
     ablate_args.results_dir = args.results.clone();
     ablate_args.device = parse_device(&args.device)?;
     ablate_args.threads = args.threads.unwrap_or_else(default_threads);
+    if ablate_args.threads < 1 {
+        anyhow::bail!("invalid --threads {}: expected at least 1", ablate_args.threads);
+    }
     ablate_args.data_dir = args.data_dir;
     ablate_args.progress = !args.no_progress;
     let outcome = ablate::run(&ablate_args)?;
@@ -417,6 +421,15 @@ fn train_in_folder(
         teacher_checkpoint,
         progress: !common.no_progress,
     };
+    // Check the settings before a run folder exists, so bad input leaves
+    // nothing behind.
+    run.train().validate()?;
+    if let RunConfig::Student(s) = run {
+        s.distill.validate()?;
+    }
+    if options.threads < 1 {
+        anyhow::bail!("invalid --threads {}: expected at least 1", options.threads);
+    }
     let dir = common.out.clone().unwrap_or_else(|| Path::new("results/runs").join(run.id()));
     fsutil::ensure_writable_dir(&dir)?;
 
@@ -433,12 +446,18 @@ fn train_in_folder(
     store::write_json(&config_path, run)?;
     let summary_path = dir.join(SUMMARY_FILE);
     let previous = store::read_json::<Summary>(&summary_path)?;
+    // A finished run keeps its summary: the numbers came from the session
+    // that finished it, and a failing rerun must not mark it failed.
+    let finished_before = previous.as_ref().is_some_and(|p| p.status == RunStatus::Finished);
     let running = store::running_summary(run, previous.as_ref(), device, options.threads);
-    store::write_json(&summary_path, &running)?;
+    if !finished_before {
+        store::write_json(&summary_path, &running)?;
+    }
 
     tracing::info!("run {}: {} in {}", run.id(), describe(run), dir.display());
     let summary = match train::run(run, &dir, &options) {
         Ok(summary) => summary,
+        Err(err) if finished_before => return Err(err),
         Err(err) => {
             // Keep the progress of earlier sessions beside the error.
             let progress = MetricsLog::read(&dir.join(METRICS_FILE), i64::MAX)
@@ -453,7 +472,9 @@ fn train_in_folder(
             return Err(err);
         }
     };
-    store::write_json(&summary_path, &summary)?;
+    if !finished_before {
+        store::write_json(&summary_path, &summary)?;
+    }
 
     println!(
         "{}: last top1 {:.2} top5 {:.2}, best top1 {:.2} (epoch {}), {:.0}s, results in {}",

@@ -210,14 +210,14 @@ pub enum ScheduleKind {
 }
 
 macro_rules! snake_case_from_str {
-    ($($ty:ty),*) => {$(
+    ($($ty:ty => $what:literal),*) => {$(
         impl FromStr for $ty {
             type Err = ConfigError;
 
             fn from_str(s: &str) -> Result<Self, ConfigError> {
                 serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| {
                     ConfigError::UnknownName {
-                        what: stringify!($ty),
+                        what: $what,
                         value: s.to_owned(),
                         expected: <$ty>::NAMES.join(", "),
                     }
@@ -260,14 +260,14 @@ impl ScheduleKind {
         &["constant", "step", "linear_decrease", "linear_decrease2", "exp_increase"];
 }
 snake_case_from_str!(
-    Method,
-    Element,
-    GradientLoss,
-    GradientPath,
-    Embed,
-    Sampling,
-    RelationForm,
-    ScheduleKind
+    Method => "method",
+    Element => "relation element",
+    GradientLoss => "gradient loss",
+    GradientPath => "gradient path",
+    Embed => "embedding head",
+    Sampling => "sampling mode",
+    RelationForm => "relation form",
+    ScheduleKind => "schedule"
 );
 
 /// Every setting of a distillation method, defaults filled in.

@@ -26,6 +26,26 @@ use crate::train::RunStatus;
 /// Path of the published CRD benchmark under a results folder.
 pub const PUBLISHED_CSV: &str = "published/cifar100_crd_benchmark.csv";
 
+/// The CRD benchmark (Tian et al., "Contrastive Representation
+/// Distillation", ICLR 2020): last-epoch CIFAR-100 top-1 of teacher, student
+/// and 14 methods on 13 pairs, built into the binary so that a new results
+/// folder gets it.
+const PUBLISHED_CSV_BYTES: &[u8] =
+    include_bytes!("../results/published/cifar100_crd_benchmark.csv");
+
+/// Writes the published CRD benchmark into `results_dir` unless a copy is
+/// there already (a user may have edited theirs).
+pub fn ensure_published_csv(results_dir: &Path) -> anyhow::Result<()> {
+    let path = results_dir.join(PUBLISHED_CSV);
+    if path.is_file() {
+        return Ok(());
+    }
+    let dir = path.parent().expect("PUBLISHED_CSV has a folder");
+    std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    crate::fsutil::write_atomic(&path, PUBLISHED_CSV_BYTES)
+        .with_context(|| format!("failed to write {}", path.display()))
+}
+
 /// Row label of the teacher runs.
 const TEACHER_ROW: &str = "teacher";
 
@@ -192,7 +212,7 @@ fn build_table(
             anyhow::ensure!(
                 path.is_file(),
                 "{} not found: the suite compares with the published table {name}; \
-                 copy the CRD benchmark CSV there",
+                 rerun crcd ablate, which writes it, or copy results/published from the repository",
                 path.display()
             );
             let published = LazyCsvReader::new(&path)

@@ -226,3 +226,66 @@ fn teacher_of_wrong_architecture_is_rejected() {
     let summary = std::fs::read_to_string(student.join("summary.json")).unwrap();
     assert!(summary.contains("\"failed\""), "{summary}");
 }
+
+#[test]
+fn diverging_run_stops_with_step_and_term() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let mut args = small_run(&dir);
+    args.extend(["--lr".to_string(), "1e30".to_string()]);
+    let err = run_err(crcd().args(&args));
+    assert!(err.contains("loss term loss is"), "{err}");
+    assert!(err.contains("epoch 1, step"), "{err}");
+    assert!(err.contains("no checkpoint was written yet"), "{err}");
+    let summary = std::fs::read_to_string(dir.join("summary.json")).unwrap();
+    assert!(summary.contains("\"failed\""), "{summary}");
+    assert!(!dir.join("checkpoint.safetensors").exists());
+}
+
+#[test]
+fn larger_model_checkpoint_is_rejected() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let mut args = small_run(&dir);
+    args[2] = "resnet14".into();
+    args[6] = "1".into();
+    run_ok(crcd().args(&args));
+    // resnet8's variable names are a subset of resnet14's.
+    let meta_path = dir.join("checkpoint.json");
+    let meta = std::fs::read_to_string(&meta_path).unwrap().replace("resnet14", "resnet8");
+    std::fs::write(&meta_path, meta).unwrap();
+    let err = run_err(
+        crcd()
+            .args(["eval", "--dataset", "synthetic", "--device", "cpu"])
+            .arg("--checkpoint")
+            .arg(&dir),
+    );
+    assert!(err.contains("this model lacks"), "{err}");
+}
+
+#[test]
+fn failing_rerun_keeps_finished_summary() {
+    let fashion = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist");
+    if !fashion.join("t10k-images-idx3-ubyte.gz").exists() {
+        eprintln!("skipped: run scripts/setup to install Fashion-MNIST");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let mut args = small_run(&dir);
+    args[4] = "fashion-mnist".into();
+    args[6] = "1".into();
+    run_ok(crcd().args(&args).arg("--data-dir").arg(&fashion));
+    let before = std::fs::read_to_string(dir.join("summary.json")).unwrap();
+    assert!(before.contains("\"finished\""), "{before}");
+
+    // The same run with its data missing fails without touching the record.
+    let missing = tmp.path().join("no-data");
+    let err = run_err(crcd().args(&args).arg("--data-dir").arg(&missing));
+    assert!(err.contains("no-data"), "{err}");
+    let threads = args.iter().position(|a| a == "--threads").unwrap() + 1;
+    args[threads] = "0".into();
+    let err = run_err(crcd().args(&args).arg("--data-dir").arg(&fashion));
+    assert!(err.contains("--threads 0"), "{err}");
+    assert_eq!(std::fs::read_to_string(dir.join("summary.json")).unwrap(), before);
+}

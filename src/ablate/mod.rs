@@ -281,6 +281,7 @@ pub fn run_with(args: &AblateArgs, trainer: Trainer<'_>) -> anyhow::Result<Ablat
         bail!("profile {} needs {}: {missing}", profile.name, profile.dataset);
     }
     store.ensure_writable()?;
+    crate::report::ensure_published_csv(store.results_dir())?;
 
     let session = Session {
         device: args.device,

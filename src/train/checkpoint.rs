@@ -143,6 +143,34 @@ pub fn load_into(
     })
 }
 
+/// Prefixes of checkpoint entries that are not network variables.
+const NON_NETWORK_PREFIXES: [&str; 3] = ["optimizer.", "meta.", "distill."];
+
+/// Checks that every network variable in `entries` exists in `vs`, so a
+/// checkpoint of a larger network of the same family (say resnet14 read as
+/// resnet8, whose names are a subset) is rejected rather than half loaded.
+pub fn check_no_extra_variables(
+    vs: &VarStore,
+    entries: &HashMap<String, Tensor>,
+    file: &Path,
+) -> anyhow::Result<()> {
+    let known = vs.variables();
+    let mut extra: Vec<&String> = entries
+        .keys()
+        .filter(|name| !NON_NETWORK_PREFIXES.iter().any(|p| name.starts_with(p)))
+        .filter(|name| !known.contains_key(*name))
+        .collect();
+    extra.sort();
+    if let Some(first) = extra.first() {
+        bail!(
+            "checkpoint {} has {} variable(s) this model lacks, such as '{first}': it was written for another model",
+            file.display(),
+            extra.len()
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

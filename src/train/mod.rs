@@ -120,6 +120,9 @@ pub fn run(config: &RunConfig, run_dir: &Path, options: &RunOptions) -> anyhow::
     if let RunConfig::Student(s) = config {
         s.distill.validate()?;
     }
+    if options.threads < 1 {
+        bail!("invalid thread count {}: expected at least 1", options.threads);
+    }
     crate::fsutil::ensure_writable_dir(run_dir)?;
     tch::set_num_threads(options.threads as i32);
 
@@ -133,7 +136,12 @@ pub fn run(config: &RunConfig, run_dir: &Path, options: &RunOptions) -> anyhow::
     let student = models::build(cfg.model, &vs.root(), num_classes);
     let mut teacher = None;
     let mut distiller = None;
-    if let RunConfig::Student(s) = config {
+    // A vanilla student is plain cross-entropy training: no teacher runs.
+    let student_config = match config {
+        RunConfig::Student(s) if s.distill.needs_teacher() => Some(s),
+        _ => None,
+    };
+    if let Some(s) = student_config {
         let (teacher_vs, net) = load_teacher(s, num_classes, options)?;
         let shapes = DistillShapes {
             student_dim: student.feat_dim(),
@@ -270,9 +278,19 @@ fn load_teacher(
             s.teacher.dataset
         );
     }
+    if meta.epochs_done < s.teacher.epochs {
+        bail!(
+            "teacher checkpoint {} is unfinished ({} of {} epochs); rerun its train-teacher \
+             command to finish it",
+            file.display(),
+            meta.epochs_done,
+            s.teacher.epochs
+        );
+    }
     let mut vs = nn::VarStore::new(options.device);
     let net = models::build(s.teacher.model, &vs.root(), num_classes);
     let entries = checkpoint::read(&file)?;
+    checkpoint::check_no_extra_variables(&vs, &entries, &file)?;
     // The teacher's file may also hold its own optimizer state; only the
     // network's variables are read.
     checkpoint::load_into(&vs, &entries, "", &file)?;
@@ -544,6 +562,7 @@ pub fn evaluate_checkpoint(
     let vs = nn::VarStore::new(device);
     let net = models::build(meta.arch, &vs.root(), meta.num_classes);
     let entries = checkpoint::read(&file)?;
+    checkpoint::check_no_extra_variables(&vs, &entries, &file)?;
     checkpoint::load_into(&vs, &entries, "", &file)
         .with_context(|| format!("failed to load {} as {}", file.display(), meta.arch))?;
     let test_set = test_set.to_device(device);
