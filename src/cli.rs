@@ -155,56 +155,63 @@ struct DistillArgs {
     /// Method: vanilla, kd, crd, crd_kd or crcd.
     #[arg(long, default_value = "crcd")]
     method: Method,
-    /// CRCD relation elements, comma-separated: feature, gradient.
+    /// CRCD relation elements, comma-separated: feature, gradient [default:
+    /// feature,gradient].
     #[arg(long, value_delimiter = ',')]
     elements: Option<Vec<Element>>,
-    /// Loss on the gradient element: crcd, crd or cosine.
+    /// Loss on the gradient element: crcd, crd or cosine [default: crcd].
     #[arg(long)]
     gradient_loss: Option<GradientLoss>,
-    /// Gradient element computation: closed_form or autograd.
+    /// Gradient element computation: closed_form or autograd [default:
+    /// closed_form].
     #[arg(long)]
     gradient_path: Option<GradientPath>,
-    /// Embedding head: linear, nonlinear or none.
+    /// Embedding head: linear, nonlinear or none [default: linear].
     #[arg(long)]
     embed: Option<Embed>,
-    /// Contrast sampling: exact, relax or queue.
+    /// Contrast sampling: exact, relax or queue [default: exact].
     #[arg(long)]
     sampling: Option<Sampling>,
-    /// CRCD relation scores: gram or direct (the memory-hungry oracle).
+    /// CRCD relation scores: gram or direct (the memory-hungry oracle)
+    /// [default: gram].
     #[arg(long)]
     relation_form: Option<RelationForm>,
     /// Loss-weight schedule: constant, step, linear_decrease,
-    /// linear_decrease2 or exp_increase.
+    /// linear_decrease2 or exp_increase [default: step for CRCD, constant
+    /// otherwise].
     #[arg(long)]
     schedule: Option<ScheduleKind>,
-    /// Training progress (0..1) at which `step` turns the mimic weight off.
+    /// Training progress (0..1) at which `step` turns the mimic weight off
+    /// [default: 0.96].
     #[arg(long)]
     schedule_step: Option<f64>,
-    /// Negatives per sample (K).
+    /// Negatives per sample (K) [default: 500 for CRCD, 16384 otherwise].
     #[arg(long)]
     nce_k: Option<i64>,
-    /// Contrast temperature (T).
+    /// Contrast temperature (T) [default: 0.05 for CRCD, 0.07 otherwise].
     #[arg(long)]
     nce_t: Option<f64>,
-    /// Memory-bank momentum.
+    /// Memory-bank momentum [default: 0.5].
     #[arg(long)]
     nce_mu: Option<f64>,
-    /// Embedding width (m).
+    /// Embedding width (m) [default: 128].
     #[arg(long)]
     feat_dim: Option<i64>,
-    /// Weight of the cross-entropy.
+    /// Weight of the cross-entropy [default: 0.1 for KD, 1 otherwise].
     #[arg(long)]
     gamma: Option<f64>,
-    /// Weight of the KD loss.
+    /// Weight of the KD loss [default: 0.9 for KD and CRCD, 1 for CRD+KD,
+    /// 0 otherwise].
     #[arg(long)]
     alpha: Option<f64>,
-    /// Weight of the contrastive or relation loss.
+    /// Weight of the contrastive or relation loss [default: 0.8 for CRD and
+    /// CRD+KD, 1 for CRCD, 0 otherwise].
     #[arg(long)]
     beta: Option<f64>,
-    /// Weight of the gradient relation loss inside the β term.
+    /// Weight of the gradient relation loss inside the β term [default: 1].
     #[arg(long)]
     lambda_g: Option<f64>,
-    /// KD temperature.
+    /// KD temperature [default: 4].
     #[arg(long)]
     kd_t: Option<f64>,
     /// The authors' release: add the gradient term as α·KD·L_grad.
