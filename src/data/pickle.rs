@@ -262,7 +262,14 @@ struct Machine<'a> {
     /// The stacks saved by MARK; the items above the last mark are `stack`.
     marks: Vec<Vec<Value>>,
     memo: HashMap<u32, Value>,
+    /// Lists, tuples, dicts and sets built so far.
+    containers: usize,
 }
+
+/// Most containers a pickle may build. A CIFAR batch builds fewer than ten;
+/// the cap keeps a crafted file of deeply nested lists from overflowing the
+/// stack when the nested values are dropped.
+const MAX_CONTAINERS: usize = 1_000;
 
 impl<'a> Machine<'a> {
     fn new(bytes: &'a [u8]) -> Machine<'a> {
@@ -274,6 +281,7 @@ impl<'a> Machine<'a> {
             stack: Vec::new(),
             marks: Vec::new(),
             memo: HashMap::new(),
+            containers: 0,
         }
     }
 
@@ -376,6 +384,18 @@ impl<'a> Machine<'a> {
             self.opcode = self.take_u8()?;
             if self.opcode == b'.' {
                 return self.pop();
+            }
+            if matches!(
+                self.opcode,
+                b')' | b't' | 0x85..=0x87 | b']' | b'l' | b'}' | b'd' | 0x8f | 0x91
+            ) {
+                self.containers += 1;
+                if self.containers > MAX_CONTAINERS {
+                    let message = format!(
+                        "more than {MAX_CONTAINERS} lists, tuples, dicts and sets; a CIFAR batch has a few"
+                    );
+                    return Err(self.invalid(&message));
+                }
             }
             self.step()?;
         }
@@ -839,6 +859,18 @@ impl fmt::Display for Dtype {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn too_many_containers_is_an_error() {
+        // PROTO 2, then 1,001 nested lists: EMPTY_LIST each, then APPENDs.
+        let mut bytes = vec![0x80, 2];
+        bytes.extend(std::iter::repeat_n(b']', MAX_CONTAINERS + 1));
+        bytes.extend(std::iter::repeat_n(b'a', MAX_CONTAINERS));
+        bytes.push(b'.');
+        let err = parse(&bytes).unwrap_err().to_string();
+        assert!(err.contains("more than 1000 lists"), "{err}");
+    }
+
     use super::*;
 
     /// Pickles of one dict written by Python 3.11.7 and numpy 2.4.6; see
