@@ -10,7 +10,7 @@ fn main() {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{lib_dir}");
     }
     // The linker drops libtorch_cuda.so under --as-needed because no symbol
-    // of it is referenced directly, and then libtorch sees no CUDA device.
+    // of it is referenced directly, and then libtorch finds no CUDA device.
     if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
         println!("cargo:rustc-link-arg=-ltorch_cuda");

@@ -36,8 +36,8 @@ pub struct TrainConfig {
     pub weight_decay: f64,
     /// Points of training, in epochs, from which the rate is multiplied by
     /// `lr_decay_rate`. Whole numbers decay after that many epochs, as
-    /// RepDistiller does; fractions decay inside an epoch, at the step that
-    /// reaches them, which keeps the protocol's shape in runs of a few epochs.
+    /// RepDistiller does. Fractions decay at the step inside an epoch that
+    /// reaches them, so runs of a few epochs keep the protocol's shape.
     pub lr_decay_epochs: Vec<f64>,
     pub lr_decay_rate: f64,
     pub seed: u64,

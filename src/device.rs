@@ -4,7 +4,7 @@ use anyhow::bail;
 use tch::Device;
 
 /// Parses `auto`, `cpu`, `cuda` or `cuda:N`. `auto` picks the first GPU when
-/// libtorch sees one (build with `--features cuda`) and the CPU otherwise.
+/// libtorch finds one (build with `--features cuda`) and the CPU otherwise.
 pub fn parse_device(spec: &str) -> anyhow::Result<Device> {
     match spec {
         "auto" => Ok(Device::cuda_if_available()),

@@ -9,7 +9,7 @@ use anyhow::Context;
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder is
 /// written, synced and renamed over `path`, so a reader (or a resumed run)
-/// sees either the old content or the new one, never a part.
+/// reads either the old content or the new one, never a part.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(parent_dir(path))?;
     tmp.write_all(bytes)?;
@@ -24,7 +24,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 const FILE_MODE: u32 = 0o644;
 
 /// Runs `write` on a temporary path in the folder of `path`, then renames the
-/// result over `path`; for writers such as libtorch's that take a path.
+/// result over `path`. It serves writers that take a path, such as libtorch's.
 pub fn write_atomic_with(
     path: &Path,
     write: impl FnOnce(&Path) -> anyhow::Result<()>,

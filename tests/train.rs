@@ -146,7 +146,8 @@ fn eval_prints_accuracy_and_rejects_other_dataset() {
             .arg(&dir),
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains("resnet8") && stdout.contains("top1"), "{stdout}");
+    assert!(stdout.contains("resnet8"), "{stdout}");
+    assert!(stdout.contains("top1"), "{stdout}");
 
     let missing = tmp.path().join("no-fashion");
     let err = run_err(
@@ -166,16 +167,19 @@ fn bad_input_gets_one_line_errors() {
 
     let err =
         run_err(crcd().args(["train-teacher", "--model", "resnet9", "--dataset", "synthetic"]));
-    assert!(err.contains("resnet9") && err.contains("resnet8x4"), "{err}");
+    assert!(err.contains("resnet9"), "{err}");
+    assert!(err.contains("resnet8x4"), "{err}");
 
     let err = run_err(crcd().args(["train-teacher", "--model", "resnet8", "--dataset", "mnist"]));
-    assert!(err.contains("mnist") && err.contains("fashion-mnist"), "{err}");
+    assert!(err.contains("mnist"), "{err}");
+    assert!(err.contains("fashion-mnist"), "{err}");
 
     let missing = tmp.path().join("nowhere");
     let mut args = small_run(&out);
     args[4] = "cifar100".into();
     let err = run_err(crcd().args(&args).arg("--data-dir").arg(&missing));
-    assert!(err.contains("nowhere") && err.contains("--data-dir"), "{err}");
+    assert!(err.contains("nowhere"), "{err}");
+    assert!(err.contains("--data-dir"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 
     // An output folder below a regular file cannot be created.
@@ -221,7 +225,8 @@ fn teacher_of_wrong_architecture_is_rejected() {
             .arg("--out")
             .arg(&student),
     );
-    assert!(err.contains("resnet14") && err.contains("resnet8"), "{err}");
+    assert!(err.contains("resnet14"), "{err}");
+    assert!(err.contains("resnet8"), "{err}");
     assert_eq!(std::fs::read(teacher.join("checkpoint.safetensors")).unwrap(), before);
     let summary = std::fs::read_to_string(student.join("summary.json")).unwrap();
     assert!(summary.contains("\"failed\""), "{summary}");

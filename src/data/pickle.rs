@@ -266,9 +266,9 @@ struct Machine<'a> {
     containers: usize,
 }
 
-/// Most containers a pickle may build. A CIFAR batch builds fewer than ten;
-/// the cap keeps a crafted file of deeply nested lists from overflowing the
-/// stack when the nested values are dropped.
+/// Maximum number of containers a pickle may build. A CIFAR batch builds
+/// fewer than ten. The cap keeps a crafted file of deeply nested lists from
+/// overflowing the stack when the nested values are dropped.
 const MAX_CONTAINERS: usize = 1_000;
 
 impl<'a> Machine<'a> {

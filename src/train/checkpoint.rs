@@ -21,9 +21,9 @@ pub const CHECKPOINT_META_FILE: &str = "checkpoint.json";
 const EPOCHS_KEY: &str = "meta.epochs_done";
 const WALL_KEY: &str = "meta.wall_seconds";
 
-/// What a checkpoint holds, beside the tensors. The epoch count inside the
-/// safetensors file is the one a resume trusts: this file is written second
-/// and may lag by one epoch after a kill.
+/// Description of a checkpoint, written beside its tensors. A resume trusts
+/// the epoch count inside the safetensors file, because this file is written
+/// second and may lag by one epoch after a kill.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointMeta {
     pub arch: Arch,
@@ -71,7 +71,7 @@ pub fn locate(path: &Path) -> anyhow::Result<(PathBuf, CheckpointMeta)> {
     let file = if path.is_dir() { path.join(CHECKPOINT_FILE) } else { path.to_path_buf() };
     if !file.is_file() {
         bail!(
-            "checkpoint not found: {} (give a run folder that holds {CHECKPOINT_FILE}, or the file)",
+            "checkpoint not found: {}; pass a run folder that contains {CHECKPOINT_FILE}, or the file itself",
             file.display()
         );
     }
@@ -216,7 +216,8 @@ mod tests {
         let _ = (wider.root() / "fc")
             .var_copy("weight", &Tensor::zeros([100, 4], (Kind::Float, Device::Cpu)));
         let err = load_into(&wider, &entries, "", &file).unwrap_err().to_string();
-        assert!(err.contains("'fc.weight'") && err.contains("[10, 4]"), "{err}");
+        assert!(err.contains("'fc.weight'"), "{err}");
+        assert!(err.contains("[10, 4]"), "{err}");
 
         let other = nn::VarStore::new(Device::Cpu);
         let _ = (other.root() / "classifier")
